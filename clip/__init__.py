@@ -1,0 +1,3 @@
+"""CLIP training, zero-shot evaluation and weight loading in PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,105 @@
+"""Developer and CI sessions: `nox -l` lists them, `nox -s NAME -- ARGS` passes ARGS on.
+
+Every session runs in one shared virtual environment (.nox/shared), so torch is
+installed once. The environment is rebuilt when pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+SHARED_VENV = ROOT / ".nox" / "shared"
+EXTRAS = "test,bench,dev,plot,webdataset"
+DIGITS_DIR = ROOT / "data" / "digits"
+RUNS_DIR = ROOT / "runs"
+
+nox.options.sessions = ["tests"]
+nox.options.default_venv_backend = "none"
+
+
+def shared_python(session: nox.Session) -> str:
+    """Create or update the shared environment and return its interpreter."""
+    python = SHARED_VENV / "bin" / "python"
+    if not python.exists():
+        session.run(sys.executable, "-m", "venv", str(SHARED_VENV), external=True)
+    stamp = SHARED_VENV / ".installed"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", "-e", f".[{EXTRAS}]", external=True)
+        stamp.write_text(digest)
+    return str(python)
+
+
+def ensure_digits(session: nox.Session, python: str) -> None:
+    """Build the bundled digits set once; the harness's real-data entries train on it."""
+    if not (DIGITS_DIR / "train" / "img_cap.csv").exists():
+        session.run(python, "-m", "clip.data.digits", "--output", str(DIGITS_DIR), external=True)
+
+
+def new_run_dir(kind: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return RUNS_DIR / f"{kind}-{stamp}"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (tiny presets; parity paths included)."""
+    python = shared_python(session)
+    session.run(python, "-m", "pytest", "-q", *session.posargs, external=True)
+
+
+@nox.session
+def benchmark(session: nox.Session) -> None:
+    """Run the benchmarks.yml matrix, compare with the stored baseline, write tables."""
+    python = shared_python(session)
+    ensure_digits(session, python)
+    run_dir = new_run_dir("benchmark")
+    env = {"DATASETS_DIR": os.environ.get("DATASETS_DIR", "")}
+    session.run(python, "-m", "harness", "run", "--spec", "benchmarks.yml",
+                "--log-dir", str(run_dir), *session.posargs, external=True, env=env)
+    session.run(python, "-m", "harness", "table", str(run_dir), external=True)
+    session.run(python, "-m", "harness", "compare", str(run_dir), external=True)
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """Check every execution path against the CPU fp32 reference; write the parity table."""
+    python = shared_python(session)
+    session.run(python, "-m", "pytest", "-q", "tests/parity", "--parity-table",
+                "results/parity.md", *session.posargs, external=True)
+
+
+@nox.session
+def microbench(session: nox.Session) -> None:
+    """Run the pytest-benchmark suite and compare with the stored results."""
+    python = shared_python(session)
+    session.run(python, "-m", "pytest", "benchmarks", "--benchmark-only",
+                "--benchmark-group-by=group", "--benchmark-storage=results/microbench",
+                "--benchmark-autosave", "--benchmark-compare", "--benchmark-compare-fail=mean:25%",
+                *session.posargs, external=True)
+
+
+@nox.session
+def tables(session: nox.Session) -> None:
+    """Regenerate results/tables from the stored baseline runs."""
+    python = shared_python(session)
+    runs = session.posargs or [str(path) for path in sorted(RUNS_DIR.glob("benchmark-*"))[-1:]]
+    if not runs:
+        session.error("no run folders under runs/; run `nox -s benchmark` first or pass a folder")
+    session.run(python, "-m", "harness", "table", *runs, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint with ruff."""
+    python = shared_python(session)
+    session.run(python, "-m", "ruff", "check", "clip", "harness", "tests", "benchmarks",
+                "noxfile.py", *session.posargs, external=True)
