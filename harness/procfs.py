@@ -1,0 +1,87 @@
+"""Peak resident memory of a process tree, sampled from /proc (Linux only)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+def read_processes() -> dict[int, tuple[int, int, int]]:
+    """Return ``{pid: (parent pid, process group, resident bytes)}`` for every process."""
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    processes = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # the process ended between listing and reading
+        # The command name (field 2) is in parentheses and may contain spaces, so the
+        # remaining fields start after the last ')': state, ppid, pgrp, ... rss is the 22nd.
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 21:
+            processes[int(entry.name)] = (
+                int(fields[1]),
+                int(fields[2]),
+                int(fields[21]) * page_size,
+            )
+    return processes
+
+
+def tree_rss_bytes(root: int, processes: dict[int, tuple[int, int, int]]) -> int:
+    """Sum the resident memory of ``root``, its descendants and its process group."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, (parent, _, _) in processes.items():
+        children[parent].append(pid)
+    group = [pid for pid, (_, group_id, _) in processes.items() if group_id == root]
+    members: set[int] = set()
+    pending = [root, *group]
+    while pending:
+        pid = pending.pop()
+        if pid not in members:
+            members.add(pid)
+            pending.extend(children[pid])
+    return sum(processes[pid][2] for pid in members if pid in processes)
+
+
+class ProcessTreeSampler:
+    """Background thread that records the peak total RSS of a process tree.
+
+    ``root`` must lead its own process group (start_new_session), so that processes
+    that were re-parented after their parent exited are still counted.
+    """
+
+    interval_s = 0.2
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        self._peak_bytes = 0
+        self._available = PROC.is_dir()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        if self._available:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._available:
+            self._thread.join()
+
+    def peak_rss_mb(self) -> float | None:
+        if not self._available:
+            return None
+        return round(self._peak_bytes / 2**20, 1)
+
+    def _sample(self) -> None:
+        while True:
+            total = tree_rss_bytes(self._root, read_processes())
+            self._peak_bytes = max(self._peak_bytes, total)
+            if self._stopped.wait(self.interval_s):
+                return

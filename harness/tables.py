@@ -1,0 +1,213 @@
+"""Performance tables in the shape of a vendor's published results page, plots and history.
+
+Each variant row describes the configuration (model, data, replication factor, device
+iterations, batch size, precision, platform) and gives the median over ``ok`` repeats
+of throughput, loss, accuracy and compile time. Configuration values come from the
+variant's parameters, then from the flags of its command (``--batch_size 64``), then
+from the defaults of the ``--config`` preset when the ``clip`` package is importable.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness.report import format_number, markdown_table
+from harness.results import MACHINE, METRIC, PARAM
+
+logger = logging.getLogger(__name__)
+
+CONFIG_COLUMNS = {
+    "Model": ("model", "config"),
+    "Data": (),
+    "Replicas": ("replication_factor", "replicas"),
+    "Device iterations": ("device_iterations",),
+    "Batch size": ("batch_size", "batchsize", "micro_batch_size"),
+    "Precision": ("precision",),
+}
+METRIC_COLUMNS = {
+    "Throughput (samples/s)": ("throughput",),
+    "Loss": ("loss",),
+    "Accuracy (%)": ("accuracy", "zero_shot_top1", "top1"),
+    "Compile time (s)": ("compile_time",),
+}
+TRUE_WORDS = {"true", "t", "1", "yes", "y"}
+
+
+def command_flags(command: str) -> dict[str, str]:
+    """Parse ``--name value`` and ``--name=value`` pairs; dashes in names become '_'."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return {}
+    flags = {}
+    for index, token in enumerate(tokens):
+        if not token.startswith("--"):
+            continue
+        name, has_value, value = token[2:].partition("=")
+        if not has_value:
+            following = tokens[index + 1] if index + 1 < len(tokens) else ""
+            value = "" if following.startswith("--") else following
+        flags[name.replace("-", "_")] = value
+    return flags
+
+
+def preset_defaults(preset: str) -> dict[str, Any]:
+    """Return the flat options of a clip config preset, or {} if clip cannot provide them."""
+    try:
+        from clip.config import load_config
+        from clip.errors import ClipError
+    except ImportError:
+        return {}
+    try:
+        return load_config(preset).to_flat()
+    except ClipError:
+        return {}
+
+
+def describe_variant(row: Mapping[str, Any]) -> dict[str, str]:
+    """Return the configuration cells of one results row."""
+    params = {
+        key.removeprefix(PARAM): str(value)
+        for key, value in row.items()
+        if key.startswith(PARAM) and pd.notna(value)
+    }
+    flags = command_flags(str(row.get("command", "")))
+    preset = params.get("config") or flags.get("config")
+    sources = [params, flags, preset_defaults(preset) if preset else {}]
+    cells = {}
+    for column, names in CONFIG_COLUMNS.items():
+        cells[column] = next(
+            (str(source[name]) for source in sources for name in names if name in source), "-"
+        )
+    if cells["Model"] == "-":
+        cells["Model"] = str(row["benchmark"])
+    cells["Data"] = describe_data(str(row["benchmark"]), sources)
+    cells["Platform"] = str(row.get(MACHINE + "platform_id", "-"))
+    return cells
+
+
+def describe_data(benchmark: str, sources: list[Mapping[str, Any]]) -> str:
+    """Return "synthetic (host)", "synthetic (device)" or "real" for a variant's data."""
+    for source in sources:
+        if str(source.get("ipu_generate_data", "")).lower() in TRUE_WORDS:
+            return "synthetic (device)"
+        if str(source.get("host_generate_data", "")).lower() in TRUE_WORDS:
+            return "synthetic (host)"
+    # examples-utils convention: "gen" or "synth" in the name means generated data.
+    return "synthetic" if "gen" in benchmark or "synth" in benchmark else "real"
+
+
+def performance_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per variant with an ok repeat: configuration and median metrics."""
+    ok = frame[frame["status"] == "ok"]
+    rows = []
+    for variant, repeats in ok.groupby("variant", sort=False):
+        first = repeats.iloc[0].to_dict()
+        row = {"Benchmark": first["benchmark"], "Variant": variant, **describe_variant(first)}
+        for column, names in METRIC_COLUMNS.items():
+            row[column] = _median_metric(repeats, names)
+        rows.append(row)
+    skipped = sorted(set(frame["variant"]) - set(ok["variant"]))
+    if skipped:
+        logger.info("left out of the table, no ok repeat: %s", ", ".join(skipped))
+    columns = ["Benchmark", "Variant", *CONFIG_COLUMNS, "Platform", *METRIC_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _median_metric(repeats: pd.DataFrame, names: tuple[str, ...]) -> float | None:
+    for name in names:
+        column = METRIC + name
+        if column in repeats and repeats[column].notna().any():
+            return float(repeats[column].median())
+    return None
+
+
+def history_table(runs: list[pd.DataFrame], metric: str = "throughput") -> pd.DataFrame:
+    """Return the median of ``metric`` per variant (rows) and run (columns), oldest first."""
+    columns: dict[str, pd.Series] = {}
+    for frame in sorted(runs, key=_run_start):
+        ok = frame[frame["status"] == "ok"]
+        column = METRIC + metric
+        label = _run_label(frame)
+        while label in columns:
+            label += "'"
+        columns[label] = ok.groupby("variant")[column].median() if column in ok else pd.Series()
+    table = pd.DataFrame(columns)
+    table.index.name = "Variant"
+    return table.reset_index()
+
+
+def _run_start(frame: pd.DataFrame) -> str:
+    starts = frame["start_time"].dropna().astype(str)
+    starts = starts[starts != ""]
+    return starts.min() if not starts.empty else ""
+
+
+def _run_label(frame: pd.DataFrame) -> str:
+    commits = frame["git_commit"].dropna().astype(str) if "git_commit" in frame else pd.Series()
+    commit = commits.iloc[0][:7] if not commits.empty and commits.iloc[0] else "no-commit"
+    start = _run_start(frame)
+    return f"{start[:10]} {start[11:16]} {commit}" if start else f"unknown {commit}"
+
+
+def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
+    """Write ``table`` as ``<stem>.md``, ``.csv`` and ``.html`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cells = [[_cell(value) for value in row] for row in table.itertuples(index=False)]
+    paths = [folder / f"{stem}.{suffix}" for suffix in ("md", "csv", "html")]
+    paths[0].write_text(markdown_table(list(table.columns), cells), encoding="utf-8")
+    table.to_csv(paths[1], index=False)
+    table.to_html(paths[2], index=False, na_rep="-")
+    return paths
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float) or value is None:
+        return format_number(value)
+    return str(value)
+
+
+def plot_throughput(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """Draw median throughput per variant (min-max bars) per benchmark; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed; no plots (pip install matplotlib)")
+        return []
+    ok = frame[frame["status"] == "ok"]
+    if METRIC + "throughput" not in ok:
+        return []
+    paths = []
+    for benchmark, rows in ok.groupby("benchmark", sort=False):
+        stats = (
+            rows.groupby("variant", sort=False)[METRIC + "throughput"]
+            .agg(["median", "min", "max"])
+            .dropna()
+        )
+        if stats.empty:
+            continue
+        labels = [
+            str(name).removeprefix(str(benchmark)).lstrip("_") or "default" for name in stats.index
+        ]
+        errors = [stats["median"] - stats["min"], stats["max"] - stats["median"]]
+        figure, axes = plt.subplots(figsize=(max(4.0, 0.9 * len(stats) + 2), 4))
+        axes.bar(labels, stats["median"], yerr=errors, capsize=4)
+        axes.set_title(str(benchmark))
+        axes.set_ylabel("throughput (samples/s)")
+        axes.tick_params(axis="x", labelrotation=30)
+        figure.tight_layout()
+        path = folder / f"{benchmark}_throughput.png"
+        folder.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        paths.append(path)
+    return paths
