@@ -131,7 +131,9 @@ def plan_variant(
 ) -> PlannedRun:
     """Build the command and environment of one repeat and decide whether it is skipped."""
     benchmark = variant.benchmark
-    env = merge_environment(base_env, benchmark.env)
+    env = merge_environment(
+        base_env, {**benchmark.env, **benchmark.platform_env.get(platform_kind, {})}
+    )
     filled = benchmark.fill_command(variant.params)
     missing = [name for name in benchmark.requires_env if not env.get(name)]
     missing += [name for name in referenced_variables(filled) if name not in env]

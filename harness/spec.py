@@ -82,6 +82,7 @@ class Benchmark:
     derived: tuple[DerivedSpec, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    platform_env: dict[str, dict[str, str]] = field(default_factory=dict)
     timeout: float | None = None
     param_sets: tuple[Params, ...] = ({},)
     excludes: tuple[dict[str, set[str]], ...] = ()
@@ -202,6 +203,7 @@ def parse_entry(name: str, entry: Any, spec_file: Path) -> Benchmark:
         derived=derived,
         labels=_parse_output(entry.get("output"), {m.name for m in metrics + derived}, where),
         env=_parse_env(entry.get("env"), where),
+        platform_env=_parse_platform_env(entry.get("platform_env"), where),
         timeout=_parse_positive(entry.get("timeout"), where, "timeout", float),
         param_sets=tuple(param_sets),
         excludes=tuple(parse_excludes(entry.get("exclude"), parameter_names, where)),
@@ -323,6 +325,22 @@ def _parse_env(raw: Any, where: str) -> dict[str, str]:
         if value is None or isinstance(value, Mapping | list):
             raise HarnessError(f"{where}, key 'env.{name}': {value!r} is not a single value")
     return {str(name): str(value) for name, value in raw.items()}
+
+
+def _parse_platform_env(raw: Any, where: str) -> dict[str, dict[str, str]]:
+    """Parse ``platform_env``: per platform kind, variables that overlay ``env`` there."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise HarnessError(
+            f"{where}, key 'platform_env': expected a mapping of platform kinds "
+            f"({', '.join(PLATFORM_KINDS)}) to variables"
+        )
+    _parse_platforms(list(map(str, raw)), f"{where}, key 'platform_env'")
+    return {
+        str(kind): _parse_env(values, f"{where}, key 'platform_env.{kind}'")
+        for kind, values in raw.items()
+    }
 
 
 def _parse_positive(raw: Any, where: str, key: str, kind: type) -> float | int | None:

@@ -170,3 +170,29 @@ def test_unbalanced_quote_is_spec_error(write_spec):
     benchmark = load_specs([write_spec("train:\n  cmd: python -c 'oops\n")]).benchmarks["train"]
     with pytest.raises(HarnessError, match=r"entry 'train', key 'cmd': No closing quotation"):
         plan_runs([benchmark], Selection(), "cpu", {})
+
+
+def test_platform_env_overlays_env(write_spec):
+    path = write_spec("""
+        train:
+            cmd: python t.py $SIZE_ARGS
+            env: {SIZE_ARGS: "--batch_size 74", OTHER: kept}
+            platform_env:
+                cpu: {SIZE_ARGS: "--batch_size 8 --max_steps 3"}
+    """)
+    benchmark = load_specs([path]).benchmarks["train"]
+    on_cpu = plan_runs([benchmark], Selection(), "cpu", {})[0]
+    on_ipu = plan_runs([benchmark], Selection(), "ipu", {})[0]
+    assert on_cpu.argv[-4:] == ["--batch_size", "8", "--max_steps", "3"]
+    assert on_cpu.env["OTHER"] == "kept"
+    assert on_ipu.argv[-2:] == ["--batch_size", "74"]
+
+
+def test_platform_env_unknown_kind_is_spec_error(write_spec):
+    path = write_spec("""
+        train:
+            cmd: python t.py
+            platform_env: {tpu: {A: "1"}}
+    """)
+    with pytest.raises(HarnessError, match=r"entry 'train', key 'platform_env'.*unknown platform kind"):
+        load_specs([path])
