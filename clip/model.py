@@ -5,7 +5,8 @@ Parameter names and shapes are those of OpenAI's published ViT state dicts
 ``token_embedding.weight``, ``text_projection``, ``logit_scale``, ...), so OpenAI and
 open_clip ViT checkpoints load with strict checking and no rename table.
 
-Shape legend: B batch, N tokens, D width, H heads, E embed_dim, R image resolution.
+Shape legend: B batch, N tokens, D width, H heads, E embed_dim, R image resolution,
+P patch size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clip.config import ModelConfig
+from clip.errors import ClipError
 
 # logit_scale starts at ln(1 / 0.07) and is clamped to ln(100) after each optimizer step.
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
@@ -25,15 +27,15 @@ MAX_LOGIT_SCALE = math.log(100)
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 for half-precision inputs, then cast back."""
+    """LayerNorm whose output keeps the input dtype.
+
+    The native kernels already accumulate fp16 and bf16 inputs in fp32, so the input is
+    not copied to fp32 first. Under CUDA autocast, which runs layer_norm in fp32, the
+    result is cast back so the residual stream keeps one dtype.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:
-            return super().forward(x)
-        weight = self.weight.float() if self.weight is not None else None
-        bias = self.bias.float() if self.bias is not None else None
-        out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
-        return out.to(x.dtype)
+        return super().forward(x).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
@@ -47,7 +49,7 @@ class Attention(nn.Module):
     """Multi-head self-attention with the parameter layout of ``nn.MultiheadAttention``.
 
     It calls ``scaled_dot_product_attention`` directly, with the causal flag for the text
-    tower instead of a mask tensor.
+    tower instead of a mask tensor. The initialisation is that of ``nn.MultiheadAttention``.
     """
 
     def __init__(self, width: int, heads: int, causal: bool) -> None:
@@ -62,7 +64,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # B N 3D
         qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads)  # B N 3 H D/H
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B H N D/H
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -71,7 +73,7 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-LayerNorm transformer block: attention, then a QuickGELU MLP."""
+    """Pre-LayerNorm transformer block: attention, then an MLP of width 4D."""
 
     def __init__(self, width: int, heads: int, causal: bool, quick_gelu: bool = True) -> None:
         super().__init__()
@@ -105,7 +107,12 @@ class Transformer(nn.Module):
         return self.resblocks(x)
 
     def init_weights(self) -> None:
-        """Apply the per-layer standard deviations of OpenAI's CLIP initialisation."""
+        """Draw the block weights with the per-layer standard deviations of OpenAI's CLIP.
+
+        Attention inputs get std D^-0.5, the MLP input (2D)^-0.5, and both output
+        projections D^-0.5 * (2 * layers)^-0.5, which keeps the residual stream's variance
+        independent of depth. Biases keep their defaults.
+        """
         proj_std = (self.width ** -0.5) * ((2 * self.layers) ** -0.5)
         attn_std = self.width ** -0.5
         fc_std = (2 * self.width) ** -0.5
@@ -149,11 +156,13 @@ class CLIP(nn.Module):
     """CLIP with OpenAI's parameter names.
 
     Args:
-        config: the architecture; see :class:`clip.config.ModelConfig`.
+        config: the architecture; see :class:`clip.config.ModelConfig`. It is validated
+            here, so a bad combination raises ClipError naming the option.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        config.validate()
         self.config = config
         self.context_length = config.context_length
         self.visual = VisionTransformer(config)
@@ -172,15 +181,20 @@ class CLIP(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Initialise the text tower and both transformers as OpenAI's CLIP code does."""
+        """Initialise the text tower as OpenAI's CLIP code does.
+
+        As in OpenAI's code, the vision transformer keeps PyTorch's default initialisation of
+        ``nn.MultiheadAttention`` and ``nn.Linear``. Its embeddings and projection are drawn
+        with std vision_width^-0.5 when they are created.
+        """
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=self.config.transformer_width ** -0.5)
         self.transformer.init_weights()
-        self.visual.transformer.init_weights()
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the weights; inputs are cast to it."""
         return self.visual.conv1.weight.dtype
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -191,13 +205,16 @@ class CLIP(nn.Module):
 
         Returns:
             (B, E) unnormalised image features.
+
+        Raises:
+            ClipError: the images do not have shape (B, 3, R, R).
         """
         resolution = self.config.image_resolution
-        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (resolution,) * 2:
-            raise ValueError(
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, resolution, resolution):
+            raise ClipError(
                 f"images have shape {tuple(images.shape)}; expected (batch, 3, {resolution}, "
-                f"{resolution}). Resize to image_resolution={resolution} with the eval or "
-                "train transform of clip.data.transforms."
+                f"{resolution}). Resize RGB images to image_resolution={resolution} with "
+                "clip.data.transforms.eval_transform or train_transform."
             )
         return self.visual(images.to(self.dtype))
 
@@ -205,14 +222,17 @@ class CLIP(nn.Module):
         """Embed tokenised captions.
 
         Args:
-            token_ids: (B, L) token ids from :func:`clip.tokenizer.tokenize`, L <= context_length;
-                the end-of-text token must have the largest id in each row.
+            token_ids: (B, L) token ids, L <= ``context_length``. The end-of-text token
+                must have the largest id in each row, as in CLIP's tokenizer.
 
         Returns:
             (B, E) unnormalised text features, taken at the end-of-text position.
+
+        Raises:
+            ClipError: the ids are not two-dimensional or longer than context_length.
         """
         if token_ids.ndim != 2 or token_ids.shape[1] > self.context_length:
-            raise ValueError(
+            raise ClipError(
                 f"token_ids have shape {tuple(token_ids.shape)}; expected (batch, length) with "
                 f"length <= context_length={self.context_length}. Tokenize with "
                 f"context_length={self.context_length}."
@@ -220,9 +240,12 @@ class CLIP(nn.Module):
         length = token_ids.shape[1]
         x = self.token_embedding(token_ids).to(self.dtype)  # B L D
         x = x + self.positional_embedding[:length].to(self.dtype)
-        x = self.ln_final(self.transformer(x))
-        eot = x[torch.arange(x.shape[0], device=x.device), token_ids.argmax(dim=-1)]  # B D
-        return eot @ self.text_projection  # B E
+        x = self.transformer(x)
+
+        # LayerNorm acts on each token alone, so normalising only the pooled token is exact.
+        rows = torch.arange(x.shape[0], device=x.device)
+        eot = x[rows, token_ids.argmax(dim=-1)]  # B D
+        return self.ln_final(eot) @ self.text_projection  # B E
 
     def forward(self, images: torch.Tensor, token_ids: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
