@@ -175,6 +175,11 @@ def _add_compare_parser(commands: argparse._SubParsersAction) -> None:
         default=0.05,
         help="Significance level of the Mann-Whitney U test used with repeats (default 0.05).",
     )
+    compare.add_argument(
+        "--missing-baseline-ok",
+        action="store_true",
+        help="Exit 0 with a message when the platform has no baseline yet, instead of 2.",
+    )
     _add_verbosity(compare)
     compare.set_defaults(handler=command_compare)
 
@@ -339,6 +344,12 @@ def command_compare(args: argparse.Namespace) -> int:
     current, info = read_run(args.run)
     platform = run_platform(current, args.platform, args.run)
     path = args.baseline or baseline_path(args.baseline_dir or default_baseline_dir(), platform)
+    if args.missing_baseline_ok and not path.exists():
+        logger.warning(
+            "no baseline for platform '%s' at %s, so nothing was compared; store this run as "
+            "the baseline with `python -m harness baseline promote %s`", platform, path, args.run
+        )
+        return EXIT_OK
     verdicts = compare_runs(current, load_baseline(path, platform), info, args.alpha)
     print_verdicts(verdicts)
     report = args.report or _default_report_path(args.run)
@@ -362,11 +373,19 @@ def command_promote(args: argparse.Namespace) -> int:
 def command_table(args: argparse.Namespace) -> int:
     from harness.baseline import repository_root
     from harness.results import read_run
-    from harness.tables import history_table, performance_table, plot_throughput, write_table
+    from harness.tables import (
+        history_table,
+        performance_table,
+        plot_throughput,
+        print_table,
+        write_table,
+    )
 
     runs = [read_run(path)[0] for path in args.runs]
     out = args.out or repository_root() / "results" / "tables"
-    written = write_table(performance_table(runs[-1]), out, "performance")
+    performance = performance_table(runs[-1])
+    print_table(performance, f"Performance: {args.runs[-1]}")
+    written = write_table(performance, out, "performance")
     if len(runs) > 1:
         written += write_table(history_table(runs, args.metric), out, "history")
     if not args.no_plot:

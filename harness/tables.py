@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 from harness.report import format_number, markdown_table
 from harness.results import MACHINE, METRIC, PARAM
@@ -165,6 +168,18 @@ def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
     table.to_csv(paths[1], index=False)
     table.to_html(paths[2], index=False, na_rep="-")
     return paths
+
+
+def print_table(table: pd.DataFrame, title: str, console: Console | None = None) -> None:
+    """Print ``table`` as a rich table; off a terminal (CI logs) it is 160 columns wide."""
+    if console is None:
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+    rendered = Table(title=title)
+    for column in table.columns:
+        rendered.add_column(str(column))
+    for row in table.itertuples(index=False):
+        rendered.add_row(*(_cell(value) for value in row))
+    console.print(rendered)
 
 
 def _cell(value: Any) -> str:

@@ -256,6 +256,10 @@ def test_compare_command_exit_statuses(tmp_path: Path, caplog):
     worse = write_csv_run(tmp_path / "worse", CURRENT_ROWS)
     assert main(["compare", str(good), "--baseline-dir", str(baselines)]) == 2
     assert "no baseline for platform 'cpu-test-2c'" in caplog.text
+    caplog.clear()
+    allowed = ["compare", str(good), "--baseline-dir", str(baselines), "--missing-baseline-ok"]
+    assert main(allowed) == 0
+    assert "nothing was compared" in caplog.text
 
     assert main(["baseline", "promote", str(good), "--baseline-dir", str(baselines)]) == 0
     assert main(["compare", str(good), "--baseline-dir", str(baselines)]) == 0

@@ -134,12 +134,15 @@ def test_plot_written(tmp_path: Path):
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_table_command(tmp_path: Path):
+def test_table_command(tmp_path: Path, capsys):
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
     RUN.to_csv(first, index=False)
     RUN.assign(start_time="2026-02-01T09:30:00+00:00").to_csv(second, index=False)
     out = tmp_path / "tables"
     assert main(["table", str(first), str(second), "--out", str(out), "--no-plot"]) == 0
+    printed = capsys.readouterr().out
+    assert "Performance:" in printed
+    assert "fp16" in printed
     assert sorted(path.name for path in out.iterdir()) == [
         "history.csv",
         "history.html",
