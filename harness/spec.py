@@ -44,6 +44,7 @@ ENTRY_KEYS = {
     "tags",
     "platforms",
     "requires_env",
+    "platform_env",
 }
 # Keys that examples-utils specs carry for its own set-up steps. They are kept in
 # Benchmark.extra and written to the results, but the harness does not act on them.

@@ -170,14 +170,24 @@ def write_table(table: pd.DataFrame, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
+# Columns left out of the terminal table: the variant name starts with the benchmark name,
+# and a run has one model per benchmark and one platform (shown in the title).
+TERMINAL_HIDDEN_COLUMNS = ("Benchmark", "Model", "Platform")
+
+
 def print_table(table: pd.DataFrame, title: str, console: Console | None = None) -> None:
-    """Print ``table`` as a rich table; off a terminal (CI logs) it is 160 columns wide."""
+    """Print ``table`` as a rich table; off a terminal (CI logs) it is 200 columns wide."""
     if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=160)
-    rendered = Table(title=title)
-    for column in table.columns:
-        rendered.add_column(str(column))
-    for row in table.itertuples(index=False):
+        console = Console() if sys.stdout.isatty() else Console(width=200)
+    platforms = sorted(set(table["Platform"].dropna())) if "Platform" in table else []
+    shown = table.drop(columns=[c for c in TERMINAL_HIDDEN_COLUMNS if c in table])
+    rendered = Table(title=f"{title} ({', '.join(platforms)})" if platforms else title)
+    for column in shown.columns:
+        widest = max([len(str(column))] + [len(_cell(value)) for value in shown[column]])
+        # The variant name is the row's key, so it gets the room it needs, up to 80 columns.
+        minimum = min(widest, 80) if column == "Variant" else None
+        rendered.add_column(str(column), overflow="fold", min_width=minimum)
+    for row in shown.itertuples(index=False):
         rendered.add_row(*(_cell(value) for value in row))
     console.print(rendered)
 
