@@ -8,7 +8,6 @@ Token ids come from ``open_clip.tokenize`` so these tests do not depend on our t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import open_clip
 import pytest
@@ -28,16 +27,6 @@ VIT_B_32_VARIANTS = {
     "quickgelu": ("ViT-B-32-quickgelu", True),
     "gelu": ("ViT-B-32", False),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    """Run on one CPU thread: batches of three gain nothing from more, and on a busy machine
-    OpenMP's thread synchronisation made these tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build_ours(preset: str, seed: int, **overrides: object) -> CLIP:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,6 @@ from clip.zero_shot import accuracy_metrics, build_classifier
 
 PARSEABLE = re.compile(r"Zero-shot top1: (\S+) top5: (\S+)")
 CONTEXT_LENGTH = 16
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

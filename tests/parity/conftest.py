@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import platform
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,16 +74,6 @@ def table_notes() -> list[str]:
 def parity_table(pytestconfig: pytest.Config) -> TableRows:
     """The rows of the parity table; each test adds its path."""
     return pytestconfig.stash.setdefault(TABLE_ROWS, [])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread() -> Iterator[None]:
-    # On a shared 2-core machine, a second thread that waits for a busy core makes the
-    # tiny model slower. One thread also fixes the order of the CPU kernels' sums.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache
