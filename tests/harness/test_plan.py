@@ -194,5 +194,6 @@ def test_platform_env_unknown_kind_is_spec_error(write_spec):
             cmd: python t.py
             platform_env: {tpu: {A: "1"}}
     """)
-    with pytest.raises(HarnessError, match=r"entry 'train', key 'platform_env'.*unknown platform kind"):
+    message = r"entry 'train', key 'platform_env'.*unknown platform kind"
+    with pytest.raises(HarnessError, match=message):
         load_specs([path])
