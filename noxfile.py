@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nox
@@ -45,7 +45,7 @@ def ensure_digits(session: nox.Session, python: str) -> None:
 
 
 def new_run_dir(kind: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return RUNS_DIR / f"{kind}-{stamp}"
 
 
