@@ -19,6 +19,7 @@ SHARED_VENV = ROOT / ".nox" / "shared"
 EXTRAS = "test,bench,dev,plot,webdataset"
 DIGITS_DIR = ROOT / "data" / "digits"
 RUNS_DIR = ROOT / "runs"
+BASELINES_DIR = ROOT / "results" / "baselines"
 
 nox.options.sessions = ["tests"]
 nox.options.default_venv_backend = "none"
@@ -65,7 +66,9 @@ def benchmark(session: nox.Session) -> None:
     env = {"DATASETS_DIR": os.environ.get("DATASETS_DIR", "")}
     session.run(python, "-m", "harness", "run", "--spec", "benchmarks.yml",
                 "--log-dir", str(run_dir), *session.posargs, external=True, env=env)
-    session.run(python, "-m", "harness", "table", str(run_dir), external=True)
+    # The run's tables go beside its results; results/tables shows the promoted baseline.
+    session.run(python, "-m", "harness", "table", str(run_dir), "--out", str(run_dir / "tables"),
+                external=True)
     session.run(python, "-m", "harness", "compare", str(run_dir), "--missing-baseline-ok",
                 external=True)
 
@@ -90,11 +93,12 @@ def microbench(session: nox.Session) -> None:
 
 @nox.session
 def tables(session: nox.Session) -> None:
-    """Regenerate results/tables from the stored baseline runs."""
+    """Regenerate results/tables from the stored baselines (or the runs given after --)."""
     python = shared_python(session)
-    runs = session.posargs or [str(path) for path in sorted(RUNS_DIR.glob("benchmark-*"))[-1:]]
+    runs = session.posargs or [str(path) for path in sorted(BASELINES_DIR.glob("*.csv"))]
     if not runs:
-        session.error("no run folders under runs/; run `nox -s benchmark` first or pass a folder")
+        session.error("no baseline under results/baselines; promote a run first "
+                      "(results/README.md) or pass run folders after --")
     session.run(python, "-m", "harness", "table", *runs, external=True)
 
 

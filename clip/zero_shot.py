@@ -107,7 +107,8 @@ def resolve_checkpoint_path(ckpt_file: str) -> str:
         return str(latest)
     if not path.is_file():
         raise ClipError(
-            f"ckpt_file={ckpt_file!r} does not exist; pass an existing checkpoint file."
+            f"ckpt_file={ckpt_file!r} does not exist; pass a checkpoint file or the "
+            "--checkpoint_dir of a finished `python -m clip.train` run."
         )
     return ckpt_file
 

@@ -176,12 +176,19 @@ TERMINAL_HIDDEN_COLUMNS = ("Benchmark", "Model", "Platform")
 
 
 def print_table(table: pd.DataFrame, title: str, console: Console | None = None) -> None:
-    """Print ``table`` as a rich table; off a terminal (CI logs) it is 200 columns wide."""
-    if console is None:
-        console = Console() if sys.stdout.isatty() else Console(width=200)
+    """Print ``table``: a rich table on a terminal, a markdown table elsewhere (CI logs).
+
+    Markdown keeps every column in a log of any width, where a rich table would be cut.
+    """
     platforms = sorted(set(table["Platform"].dropna())) if "Platform" in table else []
     shown = table.drop(columns=[c for c in TERMINAL_HIDDEN_COLUMNS if c in table])
-    rendered = Table(title=f"{title} ({', '.join(platforms)})" if platforms else title)
+    title = f"{title} ({', '.join(platforms)})" if platforms else title
+    if console is None and not sys.stdout.isatty():
+        cells = [[_cell(value) for value in row] for row in shown.itertuples(index=False)]
+        sys.stdout.write(f"{title}\n\n{markdown_table(list(shown.columns), cells)}\n")
+        return
+    console = console or Console()
+    rendered = Table(title=title)
     for column in shown.columns:
         widest = max([len(str(column))] + [len(_cell(value)) for value in shown[column]])
         # The variant name is the row's key, so it gets the room it needs, up to 80 columns.
