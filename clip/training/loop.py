@@ -31,6 +31,10 @@ logger = logging.getLogger("clip.train")
 def train(config: Config) -> None:
     """Train one replica to the end; the entry point of every training process."""
     validate_training(config)
+    # Subnormal floats take a slow path on x86 CPUs. On ViT-B/32 at a small learning rate
+    # they made host calls 7 times slower (0.44 against 3.3 samples/s, 2-core AMD EPYC);
+    # flushing them to zero changes values below 1.2e-38 only.
+    torch.set_flush_denormal(True)
     replica = init_replica(config)
     try:
         if config.execution.device == "ipu":
