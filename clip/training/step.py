@@ -26,7 +26,7 @@ from clip.config import Config
 from clip.model import CLIP
 from clip.training.distributed import Replica
 from clip.training.loss import FeatureGather, contrastive_loss, share_gradient
-from clip.training.precision import LossScaler, autocast
+from clip.training.precision import Bf16WorkingCopy, LossScaler, autocast
 
 # Images (B, 3, R, R) and token ids (B, L) of one micro-batch.
 MicroBatch = tuple[torch.Tensor, torch.Tensor]
@@ -40,15 +40,20 @@ class StepRunner:
             DistributedDataParallel and compiled.
         model: the plain CLIP model whose parameters the optimizer updates.
         ddp: the DistributedDataParallel wrapper, or None with one replica.
+        working_copy: with bf16 on the CPU, the copy with bf16 matmul weights that
+            forward_model computes with; it averages gradients across replicas in place of
+            DDP.
     """
 
     def __init__(self, config: Config, forward_model: nn.Module, model: CLIP,
                  ddp: DistributedDataParallel | None, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: LossScaler,
-                 gather: FeatureGather, device: torch.device) -> None:
+                 gather: FeatureGather, device: torch.device,
+                 working_copy: Bf16WorkingCopy | None = None) -> None:
         self.forward_model = forward_model
         self.model = model
         self.ddp = ddp
+        self.working_copy = working_copy
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = scaler
@@ -149,6 +154,8 @@ class StepRunner:
         return step_loss
 
     def _apply_gradients(self) -> None:
+        if self.working_copy is not None:
+            self.working_copy.finish_gradients()
         if self.grad_clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
@@ -156,15 +163,27 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.model.clamp_logit_scale()
+        if self.working_copy is not None:
+            self.working_copy.copy_to_working()
 
 
 def build_step_runner(config: Config, model: CLIP, optimizer: torch.optim.Optimizer,
                       scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: LossScaler,
                       replica: Replica) -> StepRunner:
-    """Wrap ``model`` for this replica (DDP with several replicas, torch.compile on request)."""
+    """Wrap ``model`` for this replica (DDP with several replicas, torch.compile on request).
+
+    With bf16 on the CPU the forward model is a :class:`Bf16WorkingCopy` of ``model``,
+    which averages gradients across replicas itself. NOTE: other devices keep plain
+    autocast, because the copy was measured only on the CPU and DDP overlaps its
+    all-reduce with the backward pass.
+    """
     ddp = None
+    working_copy = None
     forward_model: nn.Module = model
-    if replica.world_size > 1:
+    if config.execution.precision == "bf16" and replica.device.type == "cpu":
+        working_copy = Bf16WorkingCopy(model, replica.world_size)
+        forward_model = working_copy.working
+    elif replica.world_size > 1:
         device_ids = [replica.device.index] if replica.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=device_ids)
         forward_model = ddp
@@ -172,4 +191,4 @@ def build_step_runner(config: Config, model: CLIP, optimizer: torch.optim.Optimi
         forward_model = torch.compile(forward_model)
     gather = FeatureGather(config.execution.gather_features, replica.rank, replica.world_size)
     return StepRunner(config, forward_model, model, ddp, optimizer, scheduler, scaler, gather,
-                      replica.device)
+                      replica.device, working_copy)
