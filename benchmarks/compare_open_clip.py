@@ -10,7 +10,10 @@ Modes:
   turn for ``--rounds`` rounds after one warm-up round. Then the FLOPs of a step are
   counted and a square matmul is timed, for the model FLOP utilisation (MFU).
 * ``encode_image``: zero-shot image encoding under ``torch.no_grad``; bf16 enters
-  ``torch.autocast`` once around all rounds, as an evaluation loop does.
+  ``torch.autocast`` once around all rounds, as an evaluation loop does. Our model stores
+  its matmul weights in bf16, as ``clip.zero_shot`` does. open_clip keeps fp32 weights, as
+  its ``amp_bf16`` precision does. With ``--open_clip_pure_bf16`` it runs a bf16 model on
+  bf16 images instead, as its ``pure_bf16`` precision does.
 * ``memory``: each implementation trains ``--steps`` steps in a process of its own, which
   reports its peak resident memory (VmHWM).
 
@@ -76,12 +79,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch CPU threads for both (default: torch's default here).")
     parser.add_argument("--steps", type=int, default=3,
                         help="Training steps of each process in --mode memory.")
+    parser.add_argument("--open_clip_pure_bf16", action="store_true",
+                        help="In --mode encode_image with bf16, cast open_clip's model and "
+                        "images to bf16 instead of using its fp32 weights under autocast.")
     parser.add_argument("--memory_worker", choices=IMPLEMENTATIONS, default=None,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("batch_size", "rounds", "threads", "steps"):
         if getattr(args, name) <= 0:
             raise ClipError(f"--{name} {getattr(args, name)} must be positive; pass 1 or more.")
+    if args.open_clip_pure_bf16 and (args.mode, args.precision) != ("encode_image", "bf16"):
+        raise ClipError(f"--open_clip_pure_bf16 applies to --mode encode_image --precision bf16, "
+                        f"not --mode {args.mode} --precision {args.precision}; drop it or pass "
+                        "those.")
     return args
 
 
@@ -143,15 +153,17 @@ def log_utilisation(times: PairedTimes, model_flops: int, executed_flops: int, r
 
 
 def run_encode_image(args: argparse.Namespace) -> None:
-    encoders = build_image_encoders(args.batch_size)
+    encoders = build_image_encoders(args.batch_size, args.precision,
+                                    reference_pure_bf16=args.open_clip_pure_bf16)
     region = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16"
               else contextlib.nullcontext())
     with torch.no_grad(), region:
         times = alternate(encoders["clip"], encoders["open_clip"], args.rounds,
                           on_round=lambda index, mine, theirs: log_round(
                               index, args.rounds, args.batch_size, mine, theirs))
-    log_summary(f"encode_image {args.precision} batch {args.batch_size}", times,
-                args.batch_size)
+    reference = "open_clip pure_bf16" if args.open_clip_pure_bf16 else "open_clip"
+    log_summary(f"encode_image {args.precision} batch {args.batch_size} against {reference}",
+                times, args.batch_size)
 
 
 def run_memory_worker(args: argparse.Namespace) -> None:

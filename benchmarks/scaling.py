@@ -11,10 +11,11 @@ a process of its own and reports:
 * peak memory of the whole process tree (the launcher and every replica): the largest sum
   of their resident set sizes (VmRSS in /proc) over samples taken every 0.2 s; and the
   largest peak of any one process (its VmHWM, which the kernel keeps, read at each sample);
-* scaling efficiency of N replicas: throughput / (N x the one-replica throughput at the same
-  per-replica batch). Replicas on one machine share its cores, so on a 2-core machine the
-  ideal is 1 / N of the cores each, and the efficiency says what the data-parallel machinery
-  (process group, gradient all-reduce, gathered features) costs on top of that split.
+* for N replicas, the speed-up over one replica at the same per-replica batch, and the
+  scaling efficiency, that speed-up / N. Replicas on one machine share its cores (each
+  gets cores / N torch threads), so there the ideal speed-up is 1 and the ideal efficiency
+  1 / N. What is missing from those says what the data-parallel machinery (process group,
+  gradient all-reduce, gathered features) costs.
 """
 
 from __future__ import annotations
@@ -69,16 +70,16 @@ def descendants(root: int) -> list[int]:
 
 def memory_fields(pid: int) -> tuple[int, int]:
     """Return a process's (VmRSS, VmHWM) in bytes, or zeros once it has exited."""
-    values = {"VmRSS:": 0, "VmHWM:": 0}
+    values = {"VmRSS": 0, "VmHWM": 0}
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return 0, 0
     for line in lines:
-        key, _, rest = line.partition(" ")
+        key, _, rest = line.partition(":")
         if key in values:
             values[key] = int(rest.split()[0]) * 1024  # the values are in kB
-    return values["VmRSS:"], values["VmHWM:"]
+    return values["VmRSS"], values["VmHWM"]
 
 
 class TreeMemorySampler:
@@ -176,8 +177,9 @@ def log_result(result: RunResult, single: dict[int, RunResult]) -> None:
     efficiency = ""
     base = single.get(result.batch_size)
     if result.replicas > 1 and base is not None:
-        ratio = result.throughput / (result.replicas * base.throughput)
-        efficiency = f", scaling efficiency {ratio:.2f}"
+        speedup = result.throughput / base.throughput
+        efficiency = (f", speed-up over one replica {speedup:.2f}, scaling efficiency "
+                      f"{speedup / result.replicas:.2f}")
     logger.info("batch_size %d x replication_factor %d: Throughput: %.2f samples/sec, peak "
                 "memory %.0f MiB in all processes, largest process %.0f MiB%s",
                 result.batch_size, result.replicas, result.throughput, result.tree_peak_mib,

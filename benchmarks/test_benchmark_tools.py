@@ -72,12 +72,26 @@ def test_descendants_include_root() -> None:
     assert os.getpid() in scaling.descendants(os.getpid())
 
 
+def test_memory_fields_of_this_process() -> None:
+    resident, peak = scaling.memory_fields(os.getpid())
+    assert resident > 2 ** 20
+    assert peak >= resident
+
+
+def test_memory_fields_of_exited_process() -> None:
+    assert scaling.memory_fields(2 ** 22 + 1) == (0, 0)  # above Linux's largest pid
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--rounds", "0"], r"--rounds 0 must be positive"),
     (["--batch_size", "-1"], r"--batch_size -1 must be positive"),
     (["--threads", "0"], r"--threads 0 must be positive"),
+    (["--open_clip_pure_bf16"], r"applies to --mode encode_image --precision bf16, not --mode "
+     r"train --precision fp32"),
+    (["--mode", "encode_image", "--open_clip_pure_bf16"], r"not --mode encode_image --precision "
+     r"fp32"),
 ])
-def test_compare_rejects_bad_counts(argv: list[str], message: str) -> None:
+def test_compare_rejects_bad_options(argv: list[str], message: str) -> None:
     with pytest.raises(ClipError, match=message):
         compare_open_clip.parse_args(argv)
 

@@ -13,8 +13,10 @@ bf16 is ``torch.autocast("cpu", dtype=torch.bfloat16)`` around both forward pass
 
 Both steps train on the same generated batch, and open_clip's initial weights are copied
 into our model, so the first step's losses agree (checked by the benchmarks). The image
-encoders run in eval mode with the same weights; the caller enters ``torch.no_grad`` and
-the autocast region. Shape legend: B batch, R image resolution, L context length.
+encoders run in eval mode with the same weights, each prepared as its zero-shot evaluation
+prepares it (see :func:`build_image_encoders`).
+
+Shape legend: B batch, R image resolution, L context length.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from clip.errors import ClipError
 from clip.model import CLIP
 from clip.training.distributed import Replica
 from clip.training.optim import build_optimizer, build_scheduler
-from clip.training.precision import LossScaler
+from clip.training.precision import LossScaler, cast_matmul_weights
 from clip.training.step import build_step_runner
 
 PRESET = "CLIP_ViT-B-32_cc3m"
@@ -172,19 +174,34 @@ def build_one(implementation: str, settings: StepSettings) -> TrainStep:
     raise ClipError(f"implementation={implementation!r} is not one of {IMPLEMENTATIONS}.")
 
 
-def build_image_encoders(batch_size: int) -> dict[str, Callable[[], torch.Tensor]]:
-    """Return calls that encode the same (B, 3, R, R) images with each model, same weights."""
+def build_image_encoders(batch_size: int, precision: str = "bf16",
+                         reference_pure_bf16: bool = False
+                         ) -> dict[str, Callable[[], torch.Tensor]]:
+    """Return calls that encode the same (B, 3, R, R) images with each model, same weights.
+
+    Each model is prepared as its zero-shot evaluation prepares it. For bf16, ours stores its
+    matmul weights in bf16 (``clip.zero_shot.load_eval_model``), and open_clip keeps fp32
+    weights, as its training script's ``amp_bf16`` precision does. ``reference_pure_bf16``
+    casts open_clip's whole model and the images to bf16 instead, as its ``pure_bf16``
+    precision does. The caller enters ``torch.no_grad`` and, for bf16, the autocast region.
+    """
     import open_clip
 
     if batch_size <= 0:
         raise ClipError(f"batch_size={batch_size} must be positive; pass --batch_size 1 or more.")
+    StepSettings(batch_size, precision).validate()
     torch.manual_seed(WEIGHT_SEED)
     reference = open_clip.create_model(OPEN_CLIP_MODEL, pretrained=None).eval()
     config = clip_config(StepSettings(batch_size))
     ours = CLIP(config.model).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
+    cast_matmul_weights(ours, precision)
     images, _ = make_batch(StepSettings(batch_size))
+    reference_images = images
+    if reference_pure_bf16:
+        reference = reference.to(torch.bfloat16)
+        reference_images = images.to(torch.bfloat16)
     return {
         "clip": lambda: ours.encode_image(images),
-        "open_clip": lambda: reference.encode_image(images),
+        "open_clip": lambda: reference.encode_image(reference_images),
     }

@@ -26,7 +26,7 @@ from clip.errors import ClipError
 from clip.model import CLIP
 from clip.training.checkpoint import latest_checkpoint
 from clip.training.distributed import check_device
-from clip.training.precision import autocast
+from clip.training.precision import autocast, cast_matmul_weights
 from clip.training.reporting import ProgressBar, setup_logging
 from clip.weights import load_model, load_state_dict_checked, read_weights
 
@@ -76,11 +76,13 @@ def load_eval_model(config: Config, device: torch.device) -> CLIP:
 
     A training checkpoint brings its own architecture; an official checkpoint's
     architecture is inferred from its tensor shapes by :mod:`clip.weights`. A folder
-    means the latest training checkpoint in it.
+    means the latest training checkpoint in it. For bf16 and fp16, the matmul weights are
+    stored in that dtype (:func:`clip.training.precision.cast_matmul_weights`).
     """
     path = resolve_checkpoint_path(config.zero_shot.ckpt_file)
     if not config.zero_shot.is_ipu_ckpt:
-        return load_model(path, device=device)
+        model = load_model(path, device=device)
+        return cast_matmul_weights(model, config.execution.precision)
     weights = read_weights(path)
     if weights.kind != "training" or weights.model_config is None:
         raise ClipError(
@@ -89,7 +91,7 @@ def load_eval_model(config: Config, device: torch.device) -> CLIP:
         )
     model = CLIP(weights.model_config)
     load_state_dict_checked(model, weights.state_dict, path)
-    return model.to(device).eval()
+    return cast_matmul_weights(model.to(device).eval(), config.execution.precision)
 
 
 def resolve_checkpoint_path(ckpt_file: str) -> str:

@@ -20,6 +20,7 @@ from clip.model import CLIP
 from clip.retrieval import retrieval_recall
 from clip.tokenizer import tokenize
 from clip.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+from clip.training.precision import cast_matmul_weights
 from clip.zero_shot import accuracy_metrics, build_classifier
 
 PARSEABLE = re.compile(r"Zero-shot top1: (\S+) top5: (\S+)")
@@ -109,6 +110,35 @@ def test_classifier_averages_normalised_templates(tiny_model: CLIP) -> None:
             assert torch.allclose(classifier[:, column], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cast_matmul_weights_equals_autocast(tiny_model: CLIP, precision: str) -> None:
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 32, 32)
+    token_ids = tokenize(["a photo of a cat", "a dog", ""], CONTEXT_LENGTH)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        expected = tiny_model.encode_image(images), tiny_model.encode_text(token_ids)
+        cast_matmul_weights(tiny_model, precision)
+        actual = tiny_model.encode_image(images), tiny_model.encode_text(token_ids)
+
+    assert torch.equal(actual[0], expected[0])
+    assert torch.equal(actual[1], expected[1])
+    weights = dict(tiny_model.named_parameters())
+    assert weights["visual.transformer.resblocks.0.attn.in_proj_weight"].dtype == dtype
+    assert weights["visual.proj"].dtype == dtype
+    assert weights["token_embedding.weight"].dtype == torch.float32
+    assert weights["positional_embedding"].dtype == torch.float32
+    assert weights["visual.conv1.weight"].dtype == torch.float32
+    assert weights["ln_final.weight"].dtype == torch.float32
+
+
+def test_cast_matmul_weights_fp32_unchanged(tiny_model: CLIP) -> None:
+    before = {name: weight for name, weight in tiny_model.named_parameters()}
+    cast_matmul_weights(tiny_model, "fp32")
+    after = dict(tiny_model.named_parameters())
+    assert all(after[name] is weight for name, weight in before.items())
+
+
 def digits_set(tmp_path: Path, model: CLIP, wrong: int) -> tuple[Path, float, float]:
     """Write a digits map file whose first ``wrong`` labels disagree with the model.
 
@@ -147,6 +177,28 @@ def test_zero_shot_reports_forced_accuracy(tiny_model: CLIP, tmp_path: Path,
     assert float(match.group(2)) == pytest.approx(top5, abs=0.01)
     assert re.search(r"Zero-shot digits: 8 images, 10 classes, top-1 75\.00%", output)
     assert re.search(r"Zero-shot throughput: \d+\.\d\d images/sec", output)
+
+
+def test_zero_shot_bf16_matches_fp32(tiny_model: CLIP, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    folder, top1, _ = digits_set(tmp_path, tiny_model, wrong=1)
+    classnames, templates = load_class_prompts("digits")
+    logits = reference_logits(tiny_model, sorted((folder / "images").glob("*.png")), classnames,
+                              templates)
+    # bf16 moves these logits by about 0.5, so a top-2 gap of 1.5 keeps every prediction.
+    gaps = logits.topk(2, dim=1).values.diff(dim=1).abs()
+    assert gaps.min() > 1.5, gaps
+    save_training_checkpoint(tiny_model, tmp_path / "ckpt")
+
+    status = zero_shot.main([
+        "--config", "tiny", "--zeroshot_dataset", "digits", "--zeroshot_path", str(folder),
+        "--ckpt_file", str(tmp_path / "ckpt"), "--is_ipu_ckpt", "True", "--precision", "bf16",
+    ])
+
+    assert status == 0
+    match = PARSEABLE.search(capsys.readouterr().out)
+    assert match
+    assert float(match.group(1)) == pytest.approx(top1)
 
 
 def test_zero_shot_official_state_dict(tmp_path: Path,

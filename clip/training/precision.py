@@ -4,7 +4,8 @@ The model's weights and the optimizer state stay fp32 in every mode (fp32 master
 bf16 and fp16 run the forward pass under ``torch.autocast``; fp16 also scales the loss,
 because fp16 gradients below about 6e-8 flush to zero. On the CPU, bf16 runs the passes on
 a :class:`Bf16WorkingCopy` of the model instead of letting autocast cast each weight at each
-use, with the same results.
+use, with the same results. Evaluation stores those weights in the autocast dtype once
+(:func:`cast_matmul_weights`), also with the same results.
 """
 
 from __future__ import annotations
@@ -27,6 +28,38 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def is_matmul_weight(name: str, parameter: torch.Tensor) -> bool:
+    """Return True for a matmul weight, a 2-D parameter other than an embedding table.
+
+    Autocast casts these to its dtype at every use. Embedding tables are 2-D too, but
+    autocast leaves their lookups in fp32.
+    """
+    return parameter.ndim == 2 and "embedding" not in name
+
+
+@torch.no_grad()
+def cast_matmul_weights(model: nn.Module, precision: str) -> nn.Module:
+    """Store an evaluation model's matmul weights in the autocast dtype of ``precision``.
+
+    Autocast would cast each fp32 weight at each matmul, which for ViT-B/32 image encoding
+    at batch 64 in bf16 took about 8% of the time (torch 2.14.1, 2-core AMD EPYC). Autocast
+    uses a weight that already has its dtype as it is, so under the same region the results
+    equal those of the fp32 model bit for bit. The model changes in place and stops
+    requiring gradients for those weights. fp32 leaves it unchanged.
+
+    Returns:
+        ``model``, for chaining.
+    """
+    if precision == "fp32":
+        return model
+    dtype = AUTOCAST_DTYPES[precision]
+    for module_name, module in model.named_modules():
+        for name, weight in list(module.named_parameters(recurse=False)):
+            if is_matmul_weight(f"{module_name}.{name}", weight):
+                setattr(module, name, nn.Parameter(weight.to(dtype), requires_grad=False))
+    return model
 
 
 class LossScaler:
@@ -111,7 +144,7 @@ class Bf16WorkingCopy:
         self._weights: list[tuple[nn.Parameter, nn.Parameter, torch.Tensor]] = []
         for module_name, module in self.working.named_modules():
             for name, master in list(module.named_parameters(recurse=False)):
-                if master.ndim != 2 or "embedding" in f"{module_name}.{name}":
+                if not is_matmul_weight(f"{module_name}.{name}", master):
                     continue
                 working = nn.Parameter(master.detach().to(torch.bfloat16))
                 setattr(module, name, working)
