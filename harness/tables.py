@@ -33,12 +33,16 @@ CONFIG_COLUMNS = {
     "Batch size": ("batch_size", "batchsize", "micro_batch_size"),
     "Precision": ("precision",),
 }
+THROUGHPUT_COLUMN = "Throughput (samples/s)"
 METRIC_COLUMNS = {
-    "Throughput (samples/s)": ("throughput",),
+    THROUGHPUT_COLUMN: ("throughput",),
     "Loss": ("loss",),
     "Accuracy (%)": ("accuracy", "zero_shot_top1", "top1"),
     "Compile time (s)": ("compile_time",),
 }
+# Columns of the run records themselves, not parsed from the log.
+RECORD_COLUMNS = {"Peak memory (MiB)": "peak_rss_mb"}
+SCALING_COLUMN = "Scaling efficiency"
 TRUE_WORDS = {"true", "t", "1", "yes", "y"}
 
 
@@ -115,12 +119,43 @@ def performance_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {"Benchmark": first["benchmark"], "Variant": variant, **describe_variant(first)}
         for column, names in METRIC_COLUMNS.items():
             row[column] = _median_metric(repeats, names)
+        for column, name in RECORD_COLUMNS.items():
+            values = repeats[name].dropna() if name in repeats else pd.Series()
+            row[column] = float(values.median()) if not values.empty else None
         rows.append(row)
     skipped = sorted(set(frame["variant"]) - set(ok["variant"]))
     if skipped:
         logger.info("left out of the table, no ok repeat: %s", ", ".join(skipped))
-    columns = ["Benchmark", "Variant", *CONFIG_COLUMNS, "Platform", *METRIC_COLUMNS]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["Benchmark", "Variant", *CONFIG_COLUMNS, "Platform", *METRIC_COLUMNS,
+               *RECORD_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
+    table[SCALING_COLUMN] = scaling_efficiency(table)
+    return table
+
+
+def scaling_efficiency(table: pd.DataFrame) -> pd.Series:
+    """Return throughput / (replicas x one replica's throughput) for multi-replica rows.
+
+    The one-replica row is the one of the same benchmark with the same configuration
+    otherwise (model, data, device iterations, batch size per replica, precision and
+    platform). Rows with one replica, or without such a row, get None. Replicas that share
+    one machine's cores have an ideal of 1 / replicas there, not 1.
+    """
+    keys = ["Benchmark", "Model", "Data", "Device iterations", "Batch size", "Precision",
+            "Platform"]
+    single = {
+        tuple(row[key] for key in keys): row[THROUGHPUT_COLUMN]
+        for _, row in table.iterrows() if row["Replicas"] == "1"
+    }
+    efficiencies = []
+    for _, row in table.iterrows():
+        base = single.get(tuple(row[key] for key in keys))
+        replicas = int(row["Replicas"]) if str(row["Replicas"]).isdigit() else 1
+        if replicas == 1 or base is None or pd.isna(base) or pd.isna(row[THROUGHPUT_COLUMN]):
+            efficiencies.append(None)
+            continue
+        efficiencies.append(round(row[THROUGHPUT_COLUMN] / (replicas * base), 3))
+    return pd.Series(efficiencies, index=table.index, dtype=object)
 
 
 def _median_metric(repeats: pd.DataFrame, names: tuple[str, ...]) -> float | None:

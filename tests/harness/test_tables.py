@@ -49,6 +49,7 @@ def result_row(
         "metric.throughput": throughput,
         "metric.loss": 7.25,
         "metric.compile_time": 41.0,
+        "peak_rss_mb": 2048.5,
         "machine.platform_id": "cuda-nvidia-h100-x8",
     }
 
@@ -161,3 +162,27 @@ def test_parameters_keep_spelling_in_csv(tmp_path: Path):
     assert frame["param.batch_size"].iloc[0] == "64"  # not 64.0, despite the gap
     assert performance_table(frame)["Batch size"].iloc[0] == "64"
     assert frame["metric.throughput"].dtype == float
+
+
+def test_performance_table_peak_memory():
+    rows = [result_row("clip_train_gen_batch_size_16_precision_fp32", 16, "fp32", 310.5,
+                       repeat=repeat) for repeat in range(3)]
+    for row, peak in zip(rows, [900.0, 1000.0, 1300.0], strict=True):
+        row["peak_rss_mb"] = peak
+    table = performance_table(pd.DataFrame(rows))
+    assert table["Peak memory (MiB)"].tolist() == [1000.0]
+
+
+def test_scaling_efficiency_against_one_replica():
+    rows = []
+    for replicas, batch_size, throughput in [(1, 8, 10.0), (2, 8, 15.0), (2, 16, 30.0),
+                                             (4, 8, 20.0)]:
+        row = result_row(f"gen_r{replicas}_b{batch_size}", batch_size, "fp32", throughput)
+        row["param.replication_factor"] = replicas
+        rows.append(row)
+    table = performance_table(pd.DataFrame(rows)).set_index("Variant")
+    assert pd.isna(table.loc["gen_r1_b8", "Scaling efficiency"])
+    assert table.loc["gen_r2_b8", "Scaling efficiency"] == 0.75
+    assert table.loc["gen_r4_b8", "Scaling efficiency"] == 0.5
+    # Batch 16 has no one-replica row to compare with.
+    assert pd.isna(table.loc["gen_r2_b16", "Scaling efficiency"])
