@@ -33,6 +33,27 @@ def read_processes() -> dict[int, tuple[int, int, int]]:
     return processes
 
 
+def live_group_members(group: int) -> dict[int, str]:
+    """Return ``{pid: command name}`` of the processes of ``group`` that have not exited.
+
+    Zombies are left out: they have exited and only wait for their parent to reap them,
+    which a container's init process may never do.
+    """
+    members = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1:stat.rfind(")")]
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == group and fields[0] not in ("Z", "X"):
+            members[int(entry.name)] = name
+    return members
+
+
 def tree_rss_bytes(root: int, processes: dict[int, tuple[int, int, int]]) -> int:
     """Sum the resident memory of ``root``, its descendants and its process group."""
     children: dict[int, list[int]] = defaultdict(list)

@@ -24,11 +24,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
-from harness.procfs import ProcessTreeSampler
+from harness.procfs import ProcessTreeSampler, live_group_members
 
 logger = logging.getLogger(__name__)
 
 KILL_GRACE_S = 5.0
+# Helpers such as multiprocessing's resource tracker exit on their own just after the
+# command's main process. Only what still runs after this wait is killed.
+LEFTOVER_GRACE_S = 2.0
 STREAM_INTERVAL_S = 0.1
 
 
@@ -138,11 +141,17 @@ def kill_process_group(process: subprocess.Popen[bytes], grace_s: float) -> None
     process.wait()
 
 
-def _kill_leftovers(group: int) -> None:
+def _kill_leftovers(group: int, grace_s: float = LEFTOVER_GRACE_S) -> None:
     # With start_new_session the group id is the leader's pid. Members that outlive
     # the leader still carry it, so signalling the group reaches them.
-    if _signal_group(group, signal.SIGKILL):
-        logger.info("killed processes left behind in process group %d", group)
+    deadline = time.monotonic() + grace_s
+    members = live_group_members(group)
+    while members and time.monotonic() < deadline:
+        time.sleep(0.05)
+        members = live_group_members(group)
+    if members and _signal_group(group, signal.SIGKILL):
+        names = ", ".join(f"{pid} ({name})" for pid, name in sorted(members.items()))
+        logger.info("killed processes left behind in process group %d: %s", group, names)
 
 
 def _signal_group(group: int, signum: int) -> bool:

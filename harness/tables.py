@@ -39,6 +39,8 @@ METRIC_COLUMNS = {
     "Loss": ("loss",),
     "Accuracy (%)": ("accuracy", "zero_shot_top1", "top1"),
     "Compile time (s)": ("compile_time",),
+    # Side-by-side comparisons: the reference's time over ours, in the same rounds.
+    "Speed-up (x)": ("speed_up", "speedup"),
 }
 # Columns of the run records themselves, not parsed from the log.
 RECORD_COLUMNS = {"Peak memory (MiB)": "peak_rss_mb"}

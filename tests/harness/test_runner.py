@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -195,7 +196,8 @@ def test_command_not_found(tmp_path: Path):
     assert "cannot start" in (tmp_path / "stderr.log").read_text()
 
 
-def test_leftover_background_process_killed(write_script, tmp_path: Path):
+def test_leftover_background_process_killed(write_script, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture):
     pid_file = tmp_path / "daemon.pid"
     script = write_script(
         "leaves.py",
@@ -205,6 +207,28 @@ def test_leftover_background_process_killed(write_script, tmp_path: Path):
         open(sys.argv[1], "w").write(str(child.pid))
     """,
     )
-    execution = run_script(script, tmp_path, str(pid_file))
+    with caplog.at_level(logging.INFO, logger="harness.runner"):
+        execution = run_script(script, tmp_path, str(pid_file))
     assert execution.exit_code == 0
     assert wait_until_gone(int(pid_file.read_text()))
+    assert "left behind in process group" in caplog.text
+    assert f"{pid_file.read_text()} (python" in caplog.text
+
+
+def test_helper_exiting_after_leader_not_killed(write_script, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture):
+    # Like multiprocessing's resource tracker, the helper ends just after the main process.
+    done_file = tmp_path / "helper.done"
+    script = write_script(
+        "helper.py",
+        """
+        import subprocess, sys
+        code = "import sys, time; time.sleep(0.3); open(sys.argv[1], 'w').write('done')"
+        subprocess.Popen([sys.executable, "-c", code, sys.argv[1]])
+    """,
+    )
+    with caplog.at_level(logging.INFO, logger="harness.runner"):
+        execution = run_script(script, tmp_path, str(done_file))
+    assert execution.exit_code == 0
+    assert done_file.read_text() == "done"
+    assert "left behind" not in caplog.text
