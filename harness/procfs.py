@@ -5,31 +5,37 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
+
+
+def process_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """Yield ``(pid, command name, fields after the name)`` from /proc/<pid>/stat.
+
+    The fields start with the state, the parent pid and the process group.
+    """
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = entry.joinpath("stat").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # the process ended between listing and reading
+        # The command name (field 2) is in parentheses and may contain spaces, so the
+        # remaining fields start after the last ')'.
+        name = stat[stat.find("(") + 1:stat.rfind(")")]
+        yield int(entry.name), name, stat.rsplit(")", 1)[-1].split()
 
 
 def read_processes() -> dict[int, tuple[int, int, int]]:
     """Return ``{pid: (parent pid, process group, resident bytes)}`` for every process."""
     page_size = os.sysconf("SC_PAGE_SIZE")
     processes = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue  # the process ended between listing and reading
-        # The command name (field 2) is in parentheses and may contain spaces, so the
-        # remaining fields start after the last ')': state, ppid, pgrp, ... rss is the 22nd.
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 21:
-            processes[int(entry.name)] = (
-                int(fields[1]),
-                int(fields[2]),
-                int(fields[21]) * page_size,
-            )
+    for pid, _, fields in process_stats():
+        if len(fields) > 21:  # rss is the 22nd field after the name
+            processes[pid] = (int(fields[1]), int(fields[2]), int(fields[21]) * page_size)
     return processes
 
 
@@ -39,19 +45,10 @@ def live_group_members(group: int) -> dict[int, str]:
     Zombies are left out: they have exited and only wait for their parent to reap them,
     which a container's init process may never do.
     """
-    members = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        name = stat[stat.find("(") + 1:stat.rfind(")")]
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            members[int(entry.name)] = name
-    return members
+    return {
+        pid: name for pid, name, fields in process_stats()
+        if len(fields) > 2 and int(fields[2]) == group and fields[0] not in ("Z", "X")
+    }
 
 
 def tree_rss_bytes(root: int, processes: dict[int, tuple[int, int, int]]) -> int:
