@@ -268,15 +268,15 @@ def plot_throughput(frame: pd.DataFrame, folder: Path) -> list[Path]:
             str(name).removeprefix(str(benchmark)).lstrip("_") or "default" for name in stats.index
         ]
         errors = [stats["median"] - stats["min"], stats["max"] - stats["median"]]
-        figure, axes = plt.subplots(figsize=(max(4.0, 0.9 * len(stats) + 2), 4))
-        axes.bar(labels, stats["median"], yerr=errors, capsize=4)
+        # Horizontal bars, first variant on top, so that long variant names stay readable.
+        figure, axes = plt.subplots(figsize=(8, max(2.0, 0.45 * len(stats) + 1.2)))
+        axes.barh(labels, stats["median"], xerr=errors, capsize=4)
+        axes.invert_yaxis()
         axes.set_title(str(benchmark))
-        axes.set_ylabel("throughput (samples/s)")
-        axes.tick_params(axis="x", labelrotation=30)
-        figure.tight_layout()
+        axes.set_xlabel("throughput (samples/s)")
         path = folder / f"{benchmark}_throughput.png"
         folder.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)
         paths.append(path)
     return paths
