@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 
 import pytest
 import torch
@@ -59,7 +60,13 @@ def test_count_flops_of_matmul() -> None:
 
 
 def test_matmul_rate_is_positive() -> None:
-    assert matmul_rate(torch.float32, size=128, repeats=2) > 0
+    assert matmul_rate(torch.float32, size=128, min_seconds=0.0, min_repeats=2) > 0
+
+
+def test_matmul_rate_repeats_for_min_seconds() -> None:
+    start = time.perf_counter()
+    matmul_rate(torch.float32, size=64, min_seconds=0.3, min_repeats=1)
+    assert time.perf_counter() - start >= 0.3
 
 
 def test_peak_resident_bytes_covers_allocation() -> None:
