@@ -92,10 +92,11 @@ class ProcessTreeSampler:
         if self._available:
             self._thread.join()
 
-    def peak_rss_mb(self) -> float | None:
+    def peak_rss_mb(self, at_least_bytes: int = 0) -> float | None:
+        """Return the sampled peak in MiB, at least ``at_least_bytes``, or None without /proc."""
         if not self._available:
             return None
-        return round(self._peak_bytes / 2**20, 1)
+        return round(max(self._peak_bytes, at_least_bytes) / 2**20, 1)
 
     def _sample(self) -> None:
         while True:

@@ -32,6 +32,8 @@ KILL_GRACE_S = 5.0
 # Helpers such as multiprocessing's resource tracker exit on their own just after the
 # command's main process. Only what still runs after this wait is killed.
 LEFTOVER_GRACE_S = 2.0
+# How often wait_for_exit polls the command, which bounds the delay after it ends.
+WAIT_INTERVAL_S = 0.01
 STREAM_INTERVAL_S = 0.1
 
 
@@ -41,7 +43,9 @@ class Execution:
 
     ``cpu_time_s`` is the user plus system time of the command and of the descendants
     it waited for. ``peak_rss_mb`` is the peak total resident memory of its process
-    tree, sampled every ``ProcessTreeSampler.interval_s``. It is None where /proc is missing.
+    tree, sampled every ``ProcessTreeSampler.interval_s``, and at least the command's own
+    peak, which the kernel reports when the command exits. It is None where /proc is
+    missing.
     """
 
     exit_code: int
@@ -85,8 +89,9 @@ def run_command(
     if follower:
         follower.start()
     timed_out = False
+    own_peak_bytes = 0
     try:
-        process.wait(timeout=timeout)
+        own_peak_bytes = wait_for_exit(process, timeout)
         _kill_leftovers(process.pid)
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -110,7 +115,7 @@ def run_command(
         timed_out=timed_out,
         start_time=start_time,
         duration_s=round(time.perf_counter() - started, 3),
-        peak_rss_mb=sampler.peak_rss_mb(),
+        peak_rss_mb=sampler.peak_rss_mb(at_least_bytes=own_peak_bytes),
         cpu_time_s=round(cpu_time, 3),
     )
 
@@ -128,6 +133,27 @@ def _start(
             stderr=stderr,
             start_new_session=True,
         )
+
+
+def wait_for_exit(process: subprocess.Popen[bytes], timeout: float | None) -> int:
+    """Wait for ``process`` like ``Popen.wait`` and return its peak resident bytes.
+
+    ``os.wait4`` reports the peak (ru_maxrss) of the process and of the descendants it
+    waited for, so a command that ends before the first /proc sample still gets a peak.
+
+    Raises:
+        subprocess.TimeoutExpired: ``timeout`` seconds passed first.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid == process.pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            # NOTE: ru_maxrss is in kilobytes on Linux but in bytes on macOS.
+            return usage.ru_maxrss * 1024
+        if deadline is not None and time.monotonic() >= deadline:
+            raise subprocess.TimeoutExpired(process.args, timeout)
+        time.sleep(WAIT_INTERVAL_S)
 
 
 def kill_process_group(process: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -168,6 +168,15 @@ def test_peak_memory_of_process_tree(write_script, tmp_path: Path):
     assert execution.peak_rss_mb >= 120  # both 60 MiB buffers at once
 
 
+def test_peak_memory_of_short_command(write_script, tmp_path: Path):
+    # The command ends before the first /proc sample can see it, under any load.
+    script = write_script("short.py", 'data = b"s" * (80 * 2**20)\n')
+    execution = run_script(script, tmp_path, timeout=30)
+    assert execution.exit_code == 0
+    assert execution.peak_rss_mb is not None
+    assert execution.peak_rss_mb >= 80
+
+
 def test_cpu_time_recorded(write_script, tmp_path: Path):
     script = write_script(
         "busy.py",
