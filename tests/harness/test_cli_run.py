@@ -276,7 +276,10 @@ train_gen:
 def start_harness(spec: Path, log_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "harness", *map(str, run_args(spec, log_dir))]
-    return subprocess.Popen(command, cwd=spec.parent, env=env, stderr=subprocess.PIPE)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler. Ctrl-C must reach the harness here.
+    return subprocess.Popen(command, cwd=spec.parent, env=env, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_file(path: Path, seconds: float = 30.0) -> None:
