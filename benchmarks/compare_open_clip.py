@@ -22,7 +22,10 @@ harness parses (``Throughput: *(.*?) samples/sec`` and ``Loss: *(.*?) ``):
 
     Step: 2/5 Loss: 2.842 Throughput: 3.41 samples/sec Reference: 2.80 samples/sec Speed-up: 1.22x
 
-Throughput is ours and Reference is open_clip's in the same round. Summary lines follow.
+Throughput is ours and Reference is open_clip's in the same round. Loss is our step's loss
+on the one fixed batch that every round trains on again, at a constant learning rate and
+without warm-up. It shows that the step trains, not how a real run converges, and it can
+rise. Summary lines follow.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import contextlib
 import logging
 import os
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -68,15 +72,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.compare_open_clip",
         description="Time clip against open_clip on ViT-B/32, alternating the two in one run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--mode", choices=MODES, default="train", help="What to compare.")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32, or bf16 autocast for both implementations.")
+                        help="fp32 or bf16, each implementation run as its own trainer or "
+                        "evaluation runs that precision.")
     parser.add_argument("--batch_size", type=int, default=16, help="Samples per step.")
     parser.add_argument("--rounds", type=int, default=5,
                         help="Measured rounds, each timing both once, after one warm-up round.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch CPU threads for both (default: torch's default here).")
+                        help="torch CPU threads for both; the default is torch's on this machine.")
     parser.add_argument("--steps", type=int, default=3,
                         help="Training steps of each process in --mode memory.")
     parser.add_argument("--open_clip_pure_bf16", action="store_true",
@@ -132,8 +138,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 def log_summary(label: str, times: PairedTimes, samples: int) -> None:
     logger.info("%s: %s", label, times.describe())
-    ours_rate = samples / sorted(times.ours)[len(times.ours) // 2]
-    reference_rate = samples / sorted(times.reference)[len(times.reference) // 2]
+    ours_rate = samples / statistics.median(times.ours)
+    reference_rate = samples / statistics.median(times.reference)
     logger.info("median rate: clip %.2f, open_clip %.2f samples/sec", ours_rate, reference_rate)
 
 
@@ -212,8 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.memory_worker is not None:
         run_memory_worker(args)
         return 0
-    logger.info("%s, precision %s, batch %d, %d rounds, %d threads, torch %s", args.mode,
-                args.precision, args.batch_size, args.rounds, torch.get_num_threads(),
+    count = f"{args.steps} steps" if args.mode == "memory" else f"{args.rounds} rounds"
+    logger.info("%s, precision %s, batch %d, %s, %d threads, torch %s", args.mode,
+                args.precision, args.batch_size, count, torch.get_num_threads(),
                 torch.__version__)
     {"train": run_train, "encode_image": run_encode_image, "memory": run_memory}[args.mode](args)
     return 0

@@ -155,7 +155,8 @@ def parse_sizes(text: str, name: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=(
-        "Measure the trainer's throughput and peak memory across batch sizes and replicas."))
+        "Measure the trainer's throughput and peak memory across batch sizes and replicas."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="Arithmetic precision of every run.")
     parser.add_argument("--batch_sizes", default="8,16,32",
@@ -163,7 +164,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--replication_factors", default="1,2",
                         help="Comma-separated replica counts.")
     parser.add_argument("--max_steps", type=int, default=4,
-                        help="Optimizer steps per run; the first is left out as warm-up.")
+                        help="Optimizer steps per run, 2 or more; the first is left out as "
+                        "warm-up.")
     args = parser.parse_args(argv)
     args.batch_sizes = parse_sizes(args.batch_sizes, "batch_sizes")
     args.replication_factors = parse_sizes(args.replication_factors, "replication_factors")

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 REDUCTIONS: dict[str, Callable[[Sequence[float]], float]] = {
     "mean": statistics.fmean,
+    "median": statistics.median,
     "final": lambda values: values[-1],
     "min": min,
     "max": max,

@@ -57,6 +57,7 @@ class RunRecord:
     machine: dict[str, Any] = field(default_factory=dict)
     spec_file: str = ""
     description: str = ""
+    tags: list[str] = field(default_factory=list)
     # Spec keys the harness records but does not act on, such as pre_run_commands.
     spec_extra: dict[str, Any] = field(default_factory=dict)
 

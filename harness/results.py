@@ -38,6 +38,7 @@ FIXED_COLUMNS = [
     "start_time",
     "command",
     "cwd",
+    "tags",
     "peak_rss_mb",
     "cpu_time_s",
     "git_commit",
@@ -62,6 +63,7 @@ def records_to_frame(records: Iterable[RunRecord]) -> pd.DataFrame:
     rows = []
     for record in records:
         row = {name: getattr(record, name) for name in FIXED_COLUMNS}
+        row["tags"] = ",".join(record.tags)
         row.update({PARAM + key: value for key, value in record.params.items()})
         row.update({METRIC + key: value for key, value in record.metrics.items()})
         row.update({MACHINE + key: value for key, value in record.machine.items()})

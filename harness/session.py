@@ -175,6 +175,7 @@ def _new_record(run: PlannedRun, context: RunContext) -> RunRecord:
         machine=context.machine.to_dict(),
         spec_file=str(benchmark.spec_file),
         description=benchmark.description,
+        tags=list(benchmark.tags),
         spec_extra=benchmark.extra,
     )
 

@@ -96,18 +96,27 @@ def describe_variant(row: Mapping[str, Any]) -> dict[str, str]:
         )
     if cells["Model"] == "-":
         cells["Model"] = str(row["benchmark"])
-    cells["Data"] = describe_data(str(row["benchmark"]), sources)
+    tags = str(row.get("tags", "")).split(",") if pd.notna(row.get("tags")) else []
+    cells["Data"] = describe_data(str(row["benchmark"]), sources, tags)
     cells["Platform"] = str(row.get(MACHINE + "platform_id", "-"))
     return cells
 
 
-def describe_data(benchmark: str, sources: list[Mapping[str, Any]]) -> str:
-    """Return "synthetic (host)", "synthetic (device)" or "real" for a variant's data."""
+def describe_data(benchmark: str, sources: list[Mapping[str, Any]],
+                  tags: list[str] | None = None) -> str:
+    """Return "synthetic (host)", "synthetic (device)", "synthetic" or "real" for a variant.
+
+    The data flags of the command decide first, then a ``synthetic`` or ``real`` tag of
+    the spec entry, then the benchmark's name.
+    """
     for source in sources:
         if str(source.get("ipu_generate_data", "")).lower() in TRUE_WORDS:
             return "synthetic (device)"
         if str(source.get("host_generate_data", "")).lower() in TRUE_WORDS:
             return "synthetic (host)"
+    for tag in ("synthetic", "real"):
+        if tag in (tags or []):
+            return tag
     # examples-utils convention: "gen" or "synth" in the name means generated data.
     return "synthetic" if "gen" in benchmark or "synth" in benchmark else "real"
 
@@ -127,7 +136,8 @@ def performance_table(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     skipped = sorted(set(frame["variant"]) - set(ok["variant"]))
     if skipped:
-        logger.info("left out of the table, no ok repeat: %s", ", ".join(skipped))
+        logger.info("left out of the table because no repeat ended ok (skipped or failed): %s",
+                    ", ".join(skipped))
     columns = ["Benchmark", "Variant", *CONFIG_COLUMNS, "Platform", *METRIC_COLUMNS,
                *RECORD_COLUMNS]
     table = pd.DataFrame(rows, columns=columns)

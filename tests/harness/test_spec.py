@@ -221,8 +221,8 @@ BROKEN_SPECS = [
     ),
     (
         "train:\n  cmd: python a.py\n  data:\n    loss:\n      regexp: '(a)'\n"
-        "      reduction_type: median\n",
-        r"key 'data.loss.reduction_type': unknown reduction 'median'",
+        "      reduction_type: mode\n",
+        r"key 'data.loss.reduction_type': unknown reduction 'mode'",
     ),
     (
         "train:\n  cmd: python a.py\n  data:\n    loss:\n      regexp: '(a)'\n      skip: -1\n",

@@ -186,3 +186,17 @@ def test_scaling_efficiency_against_one_replica():
     assert table.loc["gen_r4_b8", "Scaling efficiency"] == 0.5
     # Batch 16 has no one-replica row to compare with.
     assert pd.isna(table.loc["gen_r2_b16", "Scaling efficiency"])
+
+
+def test_data_column_from_tags():
+    tags = ["synthetic", "real", ""]
+    rows = [result_row(f"run_{tag or 'none'}", 8, "fp32", 10.0) for tag in tags]
+    for row, tag in zip(rows, tags, strict=True):
+        row["benchmark"] = "compare_implementations"
+        row["command"] = "python -m benchmarks.compare_open_clip --batch_size 8"
+        row["tags"] = f"{tag},comparison" if tag else float("nan")
+    table = performance_table(pd.DataFrame(rows)).set_index("Variant")
+    assert table.loc["run_synthetic", "Data"] == "synthetic"
+    assert table.loc["run_real", "Data"] == "real"
+    # Without a tag or a data flag, the name decides: no "gen" or "synth" in it means real.
+    assert table.loc["run_none", "Data"] == "real"
