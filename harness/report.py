@@ -36,11 +36,12 @@ VERDICT_STYLES = {
 
 
 def format_number(value: Any) -> str:
-    """Format a metric value with four significant digits; large values without exponent."""
+    """Format a metric value with four significant digits, and from 1,000 up as a whole number
+    with thousands separators."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     value = float(value)
-    if abs(value) >= 10_000:
+    if abs(value) >= 1_000:
         return f"{value:,.0f}"
     return f"{value:.4g}"
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.report import format_number
 from harness.results import read_run
 from harness.tables import (
     command_flags,
@@ -200,3 +201,11 @@ def test_data_column_from_tags():
     assert table.loc["run_real", "Data"] == "real"
     # Without a tag or a data flag, the name decides: no "gen" or "synth" in it means real.
     assert table.loc["run_none", "Data"] == "real"
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "-"), (float("nan"), "-"), (3.14159, "3.142"), (999.94, "999.9"),
+    (3533.2, "3,533"), (11730.0, "11,730"), (-1500.0, "-1,500"),
+])
+def test_format_number(value: float | None, text: str):
+    assert format_number(value) == text
