@@ -76,8 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--mode", choices=MODES, default="train", help="What to compare.")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32 or bf16, each implementation run as its own trainer or "
-                        "evaluation runs that precision.")
+                        help="fp32 or bf16. Each implementation runs it as its own trainer "
+                        "or evaluation does.")
     parser.add_argument("--batch_size", type=int, default=16, help="Samples per step.")
     parser.add_argument("--rounds", type=int, default=5,
                         help="Measured rounds, each timing both once, after one warm-up round.")

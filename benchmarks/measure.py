@@ -105,8 +105,9 @@ def matmul_rate(dtype: torch.dtype, size: int = 2048, min_seconds: float = 3.0,
     It is the reference of the model FLOP utilisation: the rate that this machine reaches
     on a large square matmul with the current torch thread count. The matmul repeats for
     at least ``min_seconds``, because the utilisation divides by the fastest of training
-    rounds that span tens of seconds: a best of five matmuls (under half a second) once
-    caught a busy moment of a shared machine, 170 GFLOP/s against the usual 190-200.
+    rounds that span tens of seconds. Five matmuls take under half a second, and on a
+    shared 2-core AMD EPYC their best fell to 170 GFLOP/s in a busy moment, against
+    192-204 GFLOP/s otherwise.
     """
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(dtype)

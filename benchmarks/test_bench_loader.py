@@ -21,7 +21,6 @@ At the end of the module the images/s of each benchmark are written to the termi
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,12 +30,11 @@ import torch
 from PIL import Image
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from benchmarks.summary import write_summary
 from clip.config import load_config
 from clip.data import build_train_loader
 from clip.data.images import load_rgb
 from clip.data.transforms import train_transform
-
-logger = logging.getLogger(__name__)
 
 NUM_IMAGES = 300
 IMAGE_SIZE = (500, 375)
@@ -79,17 +77,7 @@ def rates(request: pytest.FixtureRequest) -> Iterator[dict[str, float]]:
     if not measured:
         return
     lines = [f"{name}: {rate:.0f} images/s (min round time)" for name, rate in measured.items()]
-    for line in lines:
-        logger.info(line)
-    # Output capture is on during fixture teardown, so suspend it to reach the terminal.
-    plugins = request.config.pluginmanager
-    reporter = plugins.getplugin("terminalreporter")
-    capture = plugins.getplugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
+    write_summary(request.config, lines)
 
 
 @pytest.mark.parametrize("workers", [0, 1, 2])

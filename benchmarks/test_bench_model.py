@@ -20,7 +20,6 @@ terminal, and ``test_speed_targets`` checks them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 
 import open_clip
@@ -29,10 +28,9 @@ import torch
 from pytest_benchmark.fixture import BenchmarkFixture
 from torch import nn
 
+from benchmarks.summary import write_summary
 from clip.config import load_config
 from clip.model import CLIP
-
-logger = logging.getLogger(__name__)
 
 ROUNDS = 5
 IMAGE_GROUP = "encode_image fp32 batch 32"
@@ -70,17 +68,7 @@ def min_seconds(request: pytest.FixtureRequest) -> Iterator[dict[str, dict[str, 
         for group, times in measured.items()
         if set(times) == set(IMPLEMENTATIONS)
     ]
-    for line in lines:
-        logger.info(line)
-    # Output capture is on during fixture teardown, so suspend it to reach the terminal.
-    plugins = request.config.pluginmanager
-    reporter = plugins.getplugin("terminalreporter")
-    capture = plugins.getplugin("capturemanager")
-    if lines and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
+    write_summary(request.config, lines)
 
 
 def run_benchmark(benchmark: BenchmarkFixture, function: Callable[[torch.Tensor], torch.Tensor],

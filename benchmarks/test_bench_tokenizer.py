@@ -10,14 +10,12 @@ with an empty chunk cache at the start of every round, while open_clip keeps the
 filled in earlier rounds, so the ratio understates our speed rather than overstates it.
 """
 
-import logging
 import random
 
 import pytest
 
+from benchmarks.summary import write_summary
 from clip.tokenizer import Tokenizer
-
-logger = logging.getLogger(__name__)
 
 NUM_CAPTIONS = 10_000
 GROUP = "tokenize 10k captions"
@@ -139,15 +137,7 @@ def min_seconds(request):
             f"{times['open_clip'] * 1e3:.1f} ms, speedup {speedup:.2f}x "
             f"(target {TARGET_SPEEDUP:.1f}x)"
         )
-        logger.info(line)
-        # Output capture is on during fixture teardown, so suspend it to reach the terminal.
-        plugins = request.config.pluginmanager
-        reporter = plugins.getplugin("terminalreporter")
-        capture = plugins.getplugin("capturemanager")
-        if reporter is not None and capture is not None:
-            with capture.global_and_fixture_disabled():
-                reporter.write_line("")
-                reporter.write_line(line)
+        write_summary(request.config, [line])
 
 
 def test_bench_clip_tokenizer(benchmark, captions, min_seconds):

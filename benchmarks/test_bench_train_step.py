@@ -30,7 +30,6 @@ same with more rounds and prints harness log lines.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -40,6 +39,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from benchmarks.compare_open_clip import measure_peak_memory
 from benchmarks.measure import PairedTimes, count_flops, matmul_rate, time_call
+from benchmarks.summary import write_summary
 from benchmarks.workloads import (
     IMPLEMENTATIONS,
     PRECISIONS,
@@ -48,8 +48,6 @@ from benchmarks.workloads import (
     build_both,
     build_image_encoders,
 )
-
-logger = logging.getLogger(__name__)
 
 ROUNDS = 3
 TRAIN_BATCH = 16
@@ -104,17 +102,7 @@ def report(request: pytest.FixtureRequest) -> Iterator[Report]:
     collected = Report()
     yield collected
     lines = collected.lines()
-    for line in lines:
-        logger.info(line)
-    # Output capture is on during fixture teardown, so suspend it to reach the terminal.
-    plugins = request.config.pluginmanager
-    reporter = plugins.getplugin("terminalreporter")
-    capture = plugins.getplugin("capturemanager")
-    if lines and reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
+    write_summary(request.config, lines)
 
 
 def run_paired(benchmark: BenchmarkFixture, group: str, implementation: str,

@@ -187,8 +187,6 @@ def build_image_encoders(batch_size: int, precision: str = "bf16",
     """
     import open_clip
 
-    if batch_size <= 0:
-        raise ClipError(f"batch_size={batch_size} must be positive; pass --batch_size 1 or more.")
     StepSettings(batch_size, precision).validate()
     torch.manual_seed(WEIGHT_SEED)
     reference = open_clip.create_model(OPEN_CLIP_MODEL, pretrained=None).eval()

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from parity_helpers import CPU_REPLICA, EXACT, TableRows, check_parity
 from training_helpers import write_caption_folder
 
@@ -62,8 +63,10 @@ def checkpoint_trajectory(config: Config, losses: list[float]) -> Trajectory:
         ("checkpoint at step 3, restore, continue", {}),
         ("checkpoint at step 3, restore, continue; precision fp16, dynamic loss scaling",
          {"precision": "fp16", "loss_scaling": 0.0}),
+        # On the CPU bf16 trains a bf16 working copy, but checkpoints hold fp32 weights.
+        ("checkpoint at step 3, restore, continue; precision bf16", {"precision": "bf16"}),
     ],
-    ids=["fp32", "fp16-dynamic"],
+    ids=["fp32", "fp16-dynamic", "bf16"],
 )
 def test_restored_run_equals_uninterrupted(parity_table: TableRows, tmp_path: Path,
                                            path: str, options: dict[str, object]) -> None:
@@ -81,6 +84,8 @@ def test_restored_run_equals_uninterrupted(parity_table: TableRows, tmp_path: Pa
     assert len(logged_losses(first)) == STOP_AT
     expected = checkpoint_trajectory(uninterrupted, whole_losses)
     restored = checkpoint_trajectory(resumed, logged_losses(first) + logged_losses(resumed))
+    for name, value in expected.parameters.items():
+        assert value.dtype == torch.float32, name
     check_parity(parity_table, path, "uninterrupted run (clip.train, image folder)", restored,
                  expected, EXACT)
 
